@@ -1,0 +1,33 @@
+"""hyperoptax: Optax transforms that learn their own hyperparameters by hypergradient descent."""
+
+from hyperoptax._src.alias import (
+    adafactor_hd,
+    adagrad_hd,
+    adam_hd,
+    adamw_hd,
+    lion_hd,
+    nadam_hd,
+    rmsprop_hd,
+    sgd_hd,
+)
+from hyperoptax._src.hypergradient import (
+    HypergradientState,
+    get_learning_rate,
+    hypergradient,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HypergradientState",
+    "adafactor_hd",
+    "adagrad_hd",
+    "adam_hd",
+    "adamw_hd",
+    "get_learning_rate",
+    "hypergradient",
+    "lion_hd",
+    "nadam_hd",
+    "rmsprop_hd",
+    "sgd_hd",
+]

@@ -15,17 +15,25 @@ from hyperoptax._src.hypergradient import (
     get_learning_rate,
     hypergradient,
 )
+from hyperoptax._src.hyperoptimize import (
+    HyperoptimizeState,
+    get_hyperparams,
+    hyperoptimize,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HypergradientState",
+    "HyperoptimizeState",
     "adafactor_hd",
     "adagrad_hd",
     "adam_hd",
     "adamw_hd",
+    "get_hyperparams",
     "get_learning_rate",
     "hypergradient",
+    "hyperoptimize",
     "lion_hd",
     "nadam_hd",
     "rmsprop_hd",

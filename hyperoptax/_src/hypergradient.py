@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hyperoptax._src import checks, rules
@@ -166,11 +167,10 @@ def hypergradient(
     signal, h = rules.hypergradient_signal(
         rule, updates, state.prev_direction, alpha, granularity, axis_name
     )
+    # A non-finite h means a non-finite gradient: the step is skipped below.
     grads_ok = rules.all_finite(h)
     hyper_params = rules.to_hyper_space(rule, alpha)
-    hyper_updates, hyper_state = hyper_optimizer.update(
-        signal, state.hyper_state, hyper_params
-    )
+    hyper_updates, hyper_state = hyper_optimizer.update(signal, state.hyper_state, hyper_params)
     new_alpha = rules.apply_rule(rule, alpha, hyper_params, hyper_updates)
     new_alpha = rules.clip_learning_rate(new_alpha, min_learning_rate, max_learning_rate)
     alpha_ok = grads_ok & rules.all_finite(new_alpha)
@@ -178,13 +178,13 @@ def hypergradient(
     hyper_state = rules.select(alpha_ok, hyper_state, state.hyper_state)
 
     d, direction_state = direction.update(updates, state.direction_state, params, **extra_args)
-    scaled = _scale(alpha, d, updates, granularity)
-    new_updates = jax.tree.map(lambda u: jax.numpy.where(grads_ok, u, 0), scaled)
     direction_state = rules.select(grads_ok, direction_state, state.direction_state)
     prev_direction = jax.tree.map(
-        lambda new, old: jax.numpy.where(grads_ok, new.astype(old.dtype), old),
-        d, state.prev_direction,
+        lambda new, old: jnp.where(grads_ok, new.astype(old.dtype), old), d, state.prev_direction
     )
+    # -α d_t, read from the stored d_t so that d_t is materialised once; zero if skipped.
+    new_updates = _scale(alpha, prev_direction, updates, granularity)
+    new_updates = jax.tree.map(lambda u: jnp.where(grads_ok, u, 0), new_updates)
     return new_updates, HypergradientState(alpha, hyper_state, direction_state, prev_direction)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -50,35 +50,59 @@ def lr_dtype(*dtypes: Any) -> jnp.dtype:
 
 
 def init_learning_rate(learning_rate: Any, params: Any, granularity: str) -> Any:
-  """α0 laid out for `granularity`: a scalar, a scalar per leaf, or params-shaped."""
+  """α0 laid out for `granularity`: a scalar, a scalar per leaf, or params-shaped.
+
+  Outside `jit`, α is placed where the params are (replicated on their mesh, or
+  sharded like them for `"element"`) rather than on the default device, so a
+  sharded training step does not gather it to one device or recompile at step 2.
+  """
   if granularity == "global":
-    dtype = lr_dtype(*(p.dtype for p in jax.tree.leaves(params)))
-    return jnp.asarray(learning_rate, dtype)
+    leaves = jax.tree.leaves(params)
+    alpha = jnp.asarray(learning_rate, lr_dtype(*(p.dtype for p in leaves)))
+    return _replicated_like(alpha, leaves[0]) if leaves else alpha
   if granularity == "leaf":
-    return jax.tree.map(lambda p: jnp.asarray(learning_rate, lr_dtype(p.dtype)), params)
-  return jax.tree.map(
-      lambda p: jnp.full(jnp.shape(p), learning_rate, lr_dtype(p.dtype)), params
-  )
+    return jax.tree.map(
+        lambda p: _replicated_like(jnp.asarray(learning_rate, lr_dtype(p.dtype)), p), params
+    )
+  return jax.tree.map(lambda p: jnp.full_like(p, learning_rate, lr_dtype(p.dtype)), params)
 
 
-def _group_sum(tree: Any, granularity: str, axis_name: Any, dtype: Any) -> Any:
-  """Sums a params-shaped tree within each group; `psum` over `axis_name` if given."""
+def _replicated_like(scalar: jax.Array, ref: Any) -> jax.Array:
+  """`scalar` replicated on the devices of `ref` when `ref` is a concrete placed array."""
+  if isinstance(ref, jax.core.Tracer) or not isinstance(ref, jax.Array):
+    return scalar
+  sharding = ref.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.device_put(
+        scalar, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    )
+  if isinstance(sharding, jax.sharding.SingleDeviceSharding) and ref.committed:
+    return jax.device_put(scalar, sharding)
+  return scalar
+
+
+def _group_dot(a: Any, b: Any, alpha: Any, granularity: str, axis_name: Any) -> Any:
+  """`a · b` within each group (the element-wise product for `"element"`).
+
+  Computed in α's dtype (at least float32, so bf16 gradients accumulate in float32);
+  `psum`-med over `axis_name` if given.
+  """
   if granularity == "element":
-    return tree
+    return jax.tree.map(lambda x, y, l: x.astype(l.dtype) * y.astype(l.dtype), a, b, alpha)
+
+  def dot(x, y, dtype):
+    return jnp.dot(jnp.ravel(x), jnp.ravel(y), preferred_element_type=dtype).astype(dtype)
+
   if granularity == "leaf":
-    sums = jax.tree.map(jnp.sum, tree)
+    dots = jax.tree.map(lambda x, y, l: dot(x, y, l.dtype), a, b, alpha)
   else:
-    sums = sum((jnp.sum(x) for x in jax.tree.leaves(tree)), jnp.zeros((), dtype))
+    dots = sum(
+        (dot(x, y, alpha.dtype) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
+        jnp.zeros((), alpha.dtype),
+    )
   if axis_name is not None:
-    sums = jax.lax.psum(sums, axis_name)
-  return sums
-
-
-def _products(a: Any, b: Any, like: Any) -> Any:
-  """Element-wise `a * b` computed in the learning-rate dtype of each leaf of `like`."""
-  return jax.tree.map(
-      lambda x, y, l: x.astype(l.dtype) * y.astype(l.dtype), a, b, like
-  )
+    dots = jax.lax.psum(dots, axis_name)
+  return dots
 
 
 def hypergradient_signal(
@@ -99,16 +123,15 @@ def hypergradient_signal(
     granularity: one of `GRANULARITIES`.
     axis_name: a mapped axis to sum the group reductions over (sharded params).
   """
-  like = alpha if granularity != "global" else jax.tree.map(lambda _: alpha, grads)
-  dtype = jax.tree.leaves(alpha)[0].dtype if jax.tree.leaves(alpha) else jnp.float32
-  gd = _group_sum(_products(grads, prev_direction, like), granularity, axis_name, dtype)
-  h = jax.tree.map(jnp.negative, gd)
+  h = jax.tree.map(
+      jnp.negative, _group_dot(grads, prev_direction, alpha, granularity, axis_name)
+  )
   if rule == "additive":
     return h, h
   if rule == "log":
     return jax.tree.map(jnp.multiply, alpha, h), h
-  gg = _group_sum(_products(grads, grads, like), granularity, axis_name, dtype)
-  dd = _group_sum(_products(prev_direction, prev_direction, like), granularity, axis_name, dtype)
+  gg = _group_dot(grads, grads, alpha, granularity, axis_name)
+  dd = _group_dot(prev_direction, prev_direction, alpha, granularity, axis_name)
 
   def cosine(h_, gg_, dd_):
     den = jnp.sqrt(gg_) * jnp.sqrt(dd_)

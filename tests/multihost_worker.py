@@ -80,13 +80,6 @@ def make_train_step(opt):
   return step
 
 
-def alpha_to_list(alpha) -> list[float]:
-  """The learned α (any granularity) flattened to plain floats, for trajectory comparisons."""
-  import jax
-
-  return [float(v) for leaf in jax.tree.leaves(alpha) for v in np.ravel(np.asarray(leaf))]
-
-
 def _worker(port: int, process_id: int, num_processes: int, out: str) -> None:
   import jax
   from jax.experimental import multihost_utils
@@ -118,22 +111,27 @@ def _worker(port: int, process_id: int, num_processes: int, out: str) -> None:
       "local_devices": jax.local_device_count(),
       "runs": {},
   }
+  xs, ys = put(xs, P(None, "data", None)), put(ys, P(None, "data", None))
   for name, gran in CONFIGS:
-    params = {k: put(v, specs[k]) for k, v in params_np.items()}
     opt = make_optimizer(name, gran)
-    state = jax.jit(opt.init)(params)
+    params = {k: put(v, specs[k]) for k, v in params_np.items()}
+    state = opt.init(params)
     step = make_train_step(opt)
-    trajectory = []
-    for t in range(steps):
-      x = put(xs[t], P("data", None))
-      y = put(ys[t], P("data", None))
-      params, state, alpha = step(params, state, x, y)
-      # α is replicated (global/leaf) or sharded like the params (element): gather it.
-      alpha = jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)),
-                           alpha)
-      trajectory.append(alpha_to_list(alpha))
+
+    @jax.jit
+    def run(params, state, xs, ys, step=step):
+      def body(carry, batch):
+        p, s, alpha = step(*carry, *batch)
+        return (p, s), alpha
+
+      return jax.lax.scan(body, (params, state), (xs, ys))
+
+    (params, state), alphas = run(params, state, xs, ys)
+    # α is replicated (global/leaf) or sharded like the params (element): gather it.
+    alphas = [np.reshape(multihost_utils.process_allgather(a, tiled=True), (steps, -1))
+              for a in jax.tree.leaves(alphas)]
     result["runs"][f"{name}/{gran}"] = {
-        "trajectory": trajectory,
+        "trajectory": np.concatenate(alphas, 1).tolist(),
         "prev_direction_specs": {k: str(v.sharding.spec) for k, v in state.prev_direction.items()},
         "param_specs": {k: str(v.sharding.spec) for k, v in params.items()},
     }

@@ -664,6 +664,7 @@ def main():
     if execute:
       from nbclient import NotebookClient
       os.environ.pop("HYPEROPTAX_SMALL", None)
+      os.environ.pop("MPLBACKEND", None)  # the inline backend, so that plots are kept
       NotebookClient(nb, timeout=1800, kernel_name="python3",
                      resources={"metadata": {"path": str(HERE)}}).execute()
     nbformat.write(nb, path)

@@ -242,6 +242,20 @@ def test_non_finite_gradient_skips_step():
   chex.assert_trees_all_equal(s_bad, s)
 
 
+def test_zero_gradient_coordinates_do_not_stall_learning():
+  # A leaf the loss ignores has a zero gradient: the jvp of Adam's √v̂ there is 0·∞.
+  tx = hyperoptimize(
+      optax.adam, hyper_optimizer=optax.adam(0.05), learn=("learning_rate", "b2"),
+      learning_rate=0.01,
+  )
+  params = {**_params(), "unused": jnp.zeros(3)}
+  loss, s, _, lams = jax.jit(lambda: _train(tx, 20, params))()
+  assert all(np.all(np.isfinite(t)) for t in jax.tree.leaves(s.tangents))
+  assert float(loss) < float(_loss(params))
+  for name, values in lams.items():
+    assert np.all(np.diff(np.asarray(values)[1:]) != 0), name  # moved at every step
+
+
 def test_init_matches_update_structure_and_dtypes():
   tx = hyperoptimize(
       optax.adam, hyper_optimizer=optax.adam(0.01), learn=("learning_rate", "b2"),

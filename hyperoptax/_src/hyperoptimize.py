@@ -119,7 +119,9 @@ def hyperoptimize(
 
   Finite guard: if the hypergradient (so the gradient) is not finite, the step is
   skipped: zero update, the whole state kept. If only the new λ is not finite, λ and
-  the hyper-optimizer state are kept and the step uses the previous λ.
+  the hyper-optimizer state are kept and the step uses the previous λ. A non-finite
+  tangent entry is stored as 0: it arises as `0 · ∞` where the true derivative is 0,
+  e.g. `∂u/∂β2` of Adam at a coordinate whose gradient is exactly zero (`√v̂` at 0).
 
   Memory: k params-shaped tangents (one per learned name) beyond the inner
   optimizer's own state, plus the hyper-optimizer's state on k scalars; e.g. Adam
@@ -217,7 +219,7 @@ def hyperoptimize(
     inner_state = rules.select(grads_ok, inner_state, state.inner_state)
     tangents = {
         n: jax.tree.map(
-            lambda t, old, i=i: jnp.where(grads_ok, t[i].astype(old.dtype), old),
+            lambda t, old, i=i: jnp.where(grads_ok, _finite_or_zero(t[i]).astype(old.dtype), old),
             stacked, state.tangents[n],
         )
         for i, n in enumerate(names)
@@ -311,6 +313,11 @@ def _dot(grads: Any, tangent: Any, dtype: Any) -> jax.Array:
   for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangent), strict=True):
     total = total + jnp.sum(g.astype(dtype) * t.astype(dtype))
   return total
+
+
+def _finite_or_zero(tangent: jax.Array) -> jax.Array:
+  """A non-finite tangent entry is `0 · ∞`: e.g. Adam's `√v̂` at a zero gradient (u = 0)."""
+  return jnp.where(jnp.isfinite(tangent), tangent, 0)
 
 
 def _as_array(value: Any) -> Any:

@@ -20,6 +20,7 @@ from hyperoptax._src.hyperoptimize import (
     get_hyperparams,
     hyperoptimize,
 )
+from hyperoptax._src.recommended import auto_adam_hd
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "adagrad_hd",
     "adam_hd",
     "adamw_hd",
+    "auto_adam_hd",
     "get_hyperparams",
     "get_learning_rate",
     "hypergradient",

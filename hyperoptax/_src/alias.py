@@ -16,6 +16,7 @@ their direction's scale resembles.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import optax
@@ -35,6 +36,11 @@ def _with_hypergradient(
     options: dict[str, Any],
 ) -> optax.GradientTransformationExtraArgs:
   """`hypergradient(direction, ...)` with the alias's default β filled in."""
+  # `optax.inject_hyperparams(alias)(...)` binds the var-keyword parameter by its name
+  # and calls the alias back with `options={...}`: unpack it.
+  nested = options.pop("options", None)
+  if isinstance(nested, dict):
+    options = {**nested, **options}
   if hyper_lr is None and options.get("hyper_optimizer") is None:
     rule = options.get("rule", "additive")
     hyper_lr = rules.DEFAULT_HYPER_LR.get(rule, additive_hyper_lr)
@@ -69,10 +75,12 @@ def sgd_hd(
   checks.check_number("momentum", momentum, lower=0.0, upper=1.0, upper_open=True)
   if nesterov and not checks.is_traced(momentum) and momentum == 0:
     raise ValueError("`nesterov=True` requires `momentum` > 0.")
-  if nesterov or checks.is_traced(momentum) or momentum > 0:
-    direction = optax.trace(decay=momentum, nesterov=nesterov)
-  else:
+  # Plain SGD only for a Python/NumPy zero: an array momentum (traced, or injected by
+  # `optax.inject_hyperparams`) must give the same state structure in init and update.
+  if isinstance(momentum, numbers.Real) and momentum == 0 and not nesterov:
     direction = optax.identity()
+  else:
+    direction = optax.trace(decay=momentum, nesterov=nesterov)
   return _with_hypergradient(direction, learning_rate, hyper_lr, SGD_HYPER_LR, options)
 
 
@@ -165,6 +173,8 @@ def nadam_hd(
     **options: keyword options of `hypergradient`.
   """
   _check_betas(b1=b1, b2=b2)
+  checks.check_number("eps", eps, lower=0.0)
+  checks.check_number("eps_root", eps_root, lower=0.0)
   direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True)
   return _with_hypergradient(direction, learning_rate, hyper_lr, ADAM_HYPER_LR, options)
 
@@ -201,6 +211,8 @@ def rmsprop_hd(
     **options: keyword options of `hypergradient`.
   """
   _check_betas(decay=decay)
+  checks.check_number("eps", eps, lower=0.0)
+  checks.check_number("initial_scale", initial_scale, lower=0.0)
   checks.check_number("momentum", momentum, allow_none=True, lower=0.0, upper=1.0, upper_open=True)
   scale = optax.scale_by_stddev if centered else optax.scale_by_rms
   parts = [scale(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt)]
@@ -228,6 +240,7 @@ def adagrad_hd(
     **options: keyword options of `hypergradient`.
   """
   checks.check_number("initial_accumulator_value", initial_accumulator_value, lower=0.0)
+  checks.check_number("eps", eps, lower=0.0)
   direction = optax.scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps)
   return _with_hypergradient(direction, learning_rate, hyper_lr, ADAM_HYPER_LR, options)
 
@@ -302,6 +315,8 @@ def adafactor_hd(
     **options: keyword options of `hypergradient`.
   """
   checks.check_number("momentum", momentum, allow_none=True, lower=0.0, upper=1.0, upper_open=True)
+  checks.check_number("decay_rate", decay_rate, lower=0.0)
+  checks.check_number("eps", eps, lower=0.0)
   parts = [
       optax.scale_by_factored_rms(factored, decay_rate, decay_offset, min_dim_size_to_factor, eps)
   ]

@@ -143,6 +143,8 @@ def hypergradient(
     )
   if rule == "log" and not checks.is_traced(learning_rate) and learning_rate <= 0:
     raise ValueError(f"`learning_rate` must be > 0 for rule='log', got {learning_rate}.")
+  if rule == "multiplicative" and not checks.is_traced(learning_rate) and learning_rate == 0:
+    raise ValueError("`learning_rate` must be nonzero for rule='multiplicative' (0 stays 0).")
 
   direction = optax.with_extra_args_support(direction)
   hyper_optimizer = optax.with_extra_args_support(hyper_optimizer)

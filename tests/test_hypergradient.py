@@ -120,6 +120,23 @@ def test_vmap_over_initial_learning_rate_equals_separate_runs():
 # Composition with other Optax transforms.
 
 
+@pytest.mark.parametrize("options", [{"momentum": 0.9}, {"rule": "log", "granularity": "leaf"}])
+def test_inject_hyperparams_equals_direct_use(options):
+  # inject_hyperparams turns α0, β (and momentum) into state entries; the learned α
+  # still lives in the inner HypergradientState, so the runs coincide.
+  injected = optax.inject_hyperparams(hx.sgd_hd)(learning_rate=0.05, hyper_lr=0.01, **options)
+  p1, s1, _ = run(injected, zeros(), 6)
+  p2, s2, _ = run(hx.sgd_hd(0.05, 0.01, **options), zeros(), 6)
+  assert_trees_close(p1, p2)
+  assert_trees_close(hx.get_learning_rate(s1), hx.get_learning_rate(s2))
+  # β as a schedule: one that is 0 from the start freezes α at α0.
+  frozen = optax.inject_hyperparams(hx.sgd_hd)(
+      learning_rate=0.05, hyper_lr=optax.constant_schedule(0.0), **options)
+  _, s3, _ = run(frozen, zeros(), 6)
+  jax.tree.map(lambda a: np.testing.assert_allclose(a, 0.05, rtol=1e-6),
+               hx.get_learning_rate(s3))
+
+
 def test_chain_after_clip_by_global_norm_equals_adam_hd_on_clipped_gradients():
   params = {"a": jnp.array([3.0, -4.0, 1.0]), "b": jnp.full((2, 2), 5.0)}
   grads = jax.grad(quadratic)
@@ -299,6 +316,13 @@ ERRORS = [
     (lambda: hx.sgd_hd(0.1, hyper_optimizer=optax.sgd), "hyper_optimizer"),
     (lambda: hx.hypergradient(optax.sgd, 0.1, 1e-3), "direction"),
     (lambda: hx.hypergradient(optax.identity(), 0.1), "hyper_lr"),
+    (lambda: hx.sgd_hd(0.0, 0.1, rule="multiplicative"), "learning_rate"),
+    (lambda: hx.adam_hd(eps=-1e-8), "eps"),
+    (lambda: hx.nadam_hd(eps=-1e-8), "eps"),
+    (lambda: hx.rmsprop_hd(eps=-1e-8), "eps"),
+    (lambda: hx.adagrad_hd(eps=-1e-8), "eps"),
+    (lambda: hx.adafactor_hd(decay_rate=-0.8), "decay_rate"),
+    (lambda: hx.adamw_hd(weight_decay=-1e-4), "weight_decay"),
 ]
 
 

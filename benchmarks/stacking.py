@@ -35,7 +35,6 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-import hyperoptax  # noqa: E402
 from hyperoptax import hyperoptimize  # noqa: E402
 
 ADAM_NAMES = ("learning_rate", "b1", "b2")
@@ -122,8 +121,9 @@ def main(argv=None) -> None:
       },
       "results": results,
   }
-  path = harness.write_json(args.out + ".json", payload, ["benchmarks/stacking.py", *(argv or sys.argv[1:])])
-  meta = harness.metadata(["benchmarks/stacking.py", *(argv or sys.argv[1:])])
+  command = ["benchmarks/stacking.py", *(sys.argv[1:] if argv is None else argv)]
+  path = harness.write_json(args.out + ".json", payload, command)
+  meta = harness.metadata(command)
 
   plt = harness.pyplot()
   fig, axes = plt.subplots(1, len(args.alphas), figsize=(5 * len(args.alphas), 3.5), squeeze=False)

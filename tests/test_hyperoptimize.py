@@ -163,7 +163,9 @@ def _sgd_stack(alpha0):
 def _adam_stack(alpha0):
   return hyperoptimize(
       optax.adam, learning_rate=alpha0,
-      hyper_optimizer=hyperoptimize(optax.adam, learning_rate=0.05, hyper_optimizer=optax.sgd(1e-3)),
+      hyper_optimizer=hyperoptimize(
+          optax.adam, learning_rate=0.05, hyper_optimizer=optax.sgd(1e-3)
+      ),
   )
 
 

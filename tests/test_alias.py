@@ -151,3 +151,28 @@ def test_log_rule_with_a_hyper_optimizer_needs_no_hyper_lr():
   assert s.learning_rate != np.float32(1e-2) and s.learning_rate > 0
   with pytest.raises(ValueError, match="hyper_optimizer"):
     hx.adam_hd(1e-2, 1e-7, hyper_optimizer=optax.adam(0.01))
+
+
+ALIASES = [hx.sgd_hd, hx.adam_hd, hx.adamw_hd, hx.nadam_hd, hx.rmsprop_hd, hx.adagrad_hd,
+           hx.lion_hd, hx.adafactor_hd]
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=lambda a: a.__name__)
+def test_init_has_exactly_the_types_update_returns(alias):
+  # The Optax convention behind "no recompilation under jit", lax.cond and MultiSteps:
+  # same tree, shapes, dtypes and weak types — for every rule and granularity, with
+  # float32 and bfloat16 params. Checked by abstract evaluation (nothing compiles).
+  def avals(tree):
+    return jax.tree.map(lambda x: (x.shape, x.dtype, x.weak_type), tree)
+
+  for dtype in (jnp.float32, jnp.bfloat16):
+    params = jax.tree.map(lambda x: x.astype(dtype), PARAMS0)
+    for rule in ("additive", "multiplicative", "log"):
+      for granularity in ("global", "leaf", "element"):
+        opt = alias(1e-2, rule=rule, granularity=granularity)
+        state = jax.eval_shape(opt.init, params)
+        updates, new_state = jax.eval_shape(opt.update, params, state, params)
+        assert avals(new_state) == avals(state), (dtype, rule, granularity)
+        assert avals(updates) == avals(params)
+        lr = jax.tree.leaves(hx.get_learning_rate(state))
+        assert all(x.dtype == jnp.float32 for x in lr)

@@ -285,6 +285,28 @@ def test_extra_args_and_chain():
   assert float(s[1].inner_state.hyperparams["momentum"]) == pytest.approx(0.9)
 
 
+def test_fixed_callables_mask_static_and_schedule():
+  # `mask` is passed as is (not called with the step count); a fixed learning-rate
+  # schedule is still a schedule while b1 is learned.
+  mask = lambda p: jax.tree.map(lambda x: x.ndim > 0, p)
+  p = _params()
+  g = jax.tree.map(jnp.zeros_like, p)
+  tx = hyperoptimize(
+      optax.adamw, hyper_optimizer=optax.sgd(0.1), learning_rate=0.1, weight_decay=0.5,
+      mask=mask,
+  )
+  p1 = {"w": jnp.ones(8), "c": jnp.ones(())}
+  u, _ = jax.jit(tx.update)(g, tx.init(p1), p1)
+  np.testing.assert_allclose(u["w"], -0.1 * 0.5 * np.ones(8), rtol=1e-6)  # decayed
+  np.testing.assert_allclose(u["c"], 0.0)  # masked out
+  sched = hyperoptimize(
+      optax.sgd, hyper_optimizer=optax.sgd(0.1), learn="momentum", momentum=0.5,
+      learning_rate=optax.constant_schedule(0.25),
+  )
+  u, _ = jax.jit(sched.update)(jax.tree.map(jnp.ones_like, p), sched.init(p), p)
+  np.testing.assert_allclose(u["w"], -0.25 * np.ones(8), rtol=1e-6)
+
+
 def test_get_hyperparams_errors():
   with pytest.raises(ValueError, match="no hyperoptax"):
     hyperoptax.get_hyperparams(optax.adam(1e-3).init(_params()))

@@ -135,7 +135,9 @@ def hyperoptimize(
     learn: the names to learn (default `("learning_rate",)`); the others stay fixed.
     constraints: name → `"log"`, `"logit"` or `None`, overriding the defaults above.
     **hyperparams: the arguments of `optimizer`: initial values of the learned ones
-      (a learned name left out takes the factory's default) and the fixed ones.
+      (a learned name left out takes the factory's default) and the fixed ones. A
+      fixed callable is a schedule of the step count (as in `inject_hyperparams`) when
+      its parameter has no default or a numeric one, else passed as is (e.g. `mask`).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` with state `HyperoptimizeState`.
@@ -159,7 +161,7 @@ def hyperoptimize(
   # inject_hyperparams keeps only numeric values (int, float, arrays) in its state; a
   # learned value must be one of them to be replaced there.
   fixed = {k: v for k, v in hyperparams.items() if k not in names}
-  inner = optax.inject_hyperparams(optimizer)(
+  inner = optax.inject_hyperparams(optimizer, static_args=_static_callables(signature, fixed))(
       **fixed, **{n: _as_array(initial[n]) for n in names}
   )
   hyper_optimizer = optax.with_extra_args_support(hyper_optimizer)
@@ -318,6 +320,22 @@ def _dot(grads: Any, tangent: Any, dtype: Any) -> jax.Array:
 def _finite_or_zero(tangent: jax.Array) -> jax.Array:
   """A non-finite tangent entry is `0 · ∞`: e.g. Adam's `√v̂` at a zero gradient (u = 0)."""
   return jnp.where(jnp.isfinite(tangent), tangent, 0)
+
+
+def _static_callables(signature: inspect.Signature, fixed: dict[str, Any]) -> tuple[str, ...]:
+  """Fixed callable arguments that are not schedules, e.g. `mask` of `optax.adamw`.
+
+  `inject_hyperparams` calls every callable argument with the step count unless told
+  otherwise. Here a callable is a schedule when its parameter has no default or a
+  numeric one (`learning_rate`, `weight_decay`, ...), and static otherwise (`mask=None`).
+  """
+  static = []
+  for name, value in fixed.items():
+    param = signature.parameters.get(name)
+    if callable(value) and param is not None and param.default is not param.empty:
+      if param.default is None or not isinstance(param.default, (int, float)):
+        static.append(name)
+  return tuple(static)
 
 
 def _as_array(value: Any) -> Any:

@@ -92,8 +92,9 @@ def hyperoptimize(
   1. feed `g_t · ∂u_{t-1}/∂z` to `hyper_optimizer` as the gradient of `z` and add its
      update to `z` (zero at the first step, where the tangents are zero);
   2. run the inner step with `λ = c(z)` and, in the same pass, the tangents
-     `∂u_t/∂z_i` by `jax.linearize` through the inner update, vmapped over the k
-     learned names (one primal, k tangents); store them for the next step.
+     `∂u_t/∂z_i` by `jax.linearize` through the inner update (one primal), its linear
+     map applied to each of the k unit directions (k tangents; applied one by one,
+     which XLA fuses better on CPU than a vmap over them); store them for the next step.
 
   For SGD and the learning rate, `∂u_{t-1}/∂α = -g_{t-1}`, so with
   `constraints={"learning_rate": None}` and `hyper_optimizer=optax.sgd(β)` this is
@@ -212,8 +213,9 @@ def hyperoptimize(
       return inner.update(updates, inner_state, params, **extra_args)
 
     new_updates, linear, inner_state = jax.linearize(inner_update, z, has_aux=True)
-    basis = {n: jnp.eye(len(names), dtype=z[n].dtype)[i] for i, n in enumerate(names)}
-    stacked = jax.vmap(linear)(basis)
+    new_tangents = {
+        n: linear({m: jnp.asarray(m == n, z[m].dtype) for m in names}) for n in names
+    }
 
     new_updates = jax.tree.map(
         lambda u, g: jnp.where(grads_ok, u, 0).astype(g.dtype), new_updates, updates
@@ -221,10 +223,10 @@ def hyperoptimize(
     inner_state = rules.select(grads_ok, inner_state, state.inner_state)
     tangents = {
         n: jax.tree.map(
-            lambda t, old, i=i: jnp.where(grads_ok, _finite_or_zero(t[i]).astype(old.dtype), old),
-            stacked, state.tangents[n],
+            lambda t, old: jnp.where(grads_ok, _finite_or_zero(t).astype(old.dtype), old),
+            new_tangents[n], state.tangents[n],
         )
-        for i, n in enumerate(names)
+        for n in names
     }
     return new_updates, HyperoptimizeState(lam, z, hyper_state, inner_state, tangents)
 

@@ -29,7 +29,7 @@ TASKS = {"digits_logreg": "logistic regression", "digits_mlp": "MLP 64-100-100-1
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--epochs", type=int, default=50, help="training epochs (default 50)")
+  p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
   p.add_argument("--seeds", type=int, default=3, help="seeds, averaged (default 3)")
   p.add_argument("--out", default=os.path.join(H.RESULTS_DIR, "demo.png"),
                  help="PNG path (a .json and .md are written beside it)")

@@ -142,8 +142,8 @@ def whole_step(reps, batch=128, sizes=(784, 1000, 1000, 10)):
   return {"num_params": n, **{name: pair_stats(times, name, name + "_hd") for name in PAIRS}}
 
 
-def sweep_speed(steps, reps):
-  task = H.make_task("digits_mlp")
+def sweep_speed(steps, reps, task_name="digits_mlp"):
+  task = H.make_task(task_name)
   method = H.METHODS["adam_hd"]
   alphas = np.logspace(-6, -1, 8).astype(np.float32)
   # The same single run, jitted with α0 as an argument (compiled once, reused for each
@@ -167,7 +167,7 @@ def sweep_speed(steps, reps):
       jax.block_until_ready(one(jnp.asarray(a)))
     ts.append(time.perf_counter() - t0)
   return {
-      "task": "digits_mlp", "method": "adam_hd", "steps": steps, "num_alphas": len(alphas),
+      "task": task_name, "method": "adam_hd", "steps": steps, "num_alphas": len(alphas),
       "vmapped_s": float(np.median(tv)), "sequential_s": float(np.median(ts)),
       "speedup": float(np.median(ts) / np.median(tv)),
       "first_call_vmapped_s": vmapped_first, "first_call_single_s": one_first,
@@ -179,7 +179,9 @@ def _compiled_runner(task, method, steps):
   def single(alpha):
     init_key, data_key = jax.random.split(jax.random.PRNGKey(0))
     params = task.init(init_key)
-    tx = optax.chain(optax.add_decayed_weights(task.l2), method.make(alpha))
+    tx = method.make(alpha)
+    if task.l2:
+      tx = optax.chain(optax.add_decayed_weights(task.l2), tx)
     state = tx.init(params)
 
     def step(carry, batch):
@@ -205,7 +207,8 @@ def main(argv=None):
   results["whole_step"] = whole_step(args.reps if not args.quick else 2,
                                      sizes=(784, 1000, 1000, 10) if not args.quick else (8, 4, 2))
   print("sweep speed ...", file=sys.stderr)
-  results["sweep"] = sweep_speed(args.sweep_steps, max(3, args.reps // 10))
+  results["sweep"] = sweep_speed(args.sweep_steps, max(3, args.reps // 10),
+                                 "quadratic_ill" if args.quick else "digits_mlp")
   meta = H.metadata()
   H.write_json(args.out + ".json", results)
   text = report(results, meta)

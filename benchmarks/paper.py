@@ -34,7 +34,7 @@ THRESHOLD = {"digits_logreg": 0.15, "digits_mlp": 0.05, "digits_cnn": 0.05}
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--epochs", type=int, default=50)
+  p.add_argument("--epochs", type=int, default=30)
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--dataset", default="digits", help="digits (offline), mnist or cifar10 (tfds)")
   p.add_argument("--out", default=os.path.join(H.RESULTS_DIR, "paper"),

@@ -34,7 +34,7 @@ import optax
 from hyperoptax._src import checks
 from hyperoptax._src.alias import adam_hd
 
-RECOMMENDED_HYPER_LR = 0.05
+RECOMMENDED_HYPER_LR = 0.1
 
 
 def auto_adam_hd(

@@ -108,7 +108,8 @@ def summarise(results, alphas):
   for task_name, per_method in results.items():
     ref = per_method.get("adam")
     best_adam = float(np.min(ref["final_loss"])) if ref else np.nan
-    best_adam_acc = float(np.nanmax(ref["accuracy"])) if ref else np.nan
+    acc = np.asarray(ref["accuracy"], float) if ref else np.array([np.nan])
+    best_adam_acc = float(np.max(acc)) if np.isfinite(acc).any() else np.nan
     rows = {}
     for name, r in per_method.items():
       worst = float(np.max(r["final_loss"][in_range]))

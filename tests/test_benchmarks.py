@@ -39,7 +39,8 @@ def test_runner_matches_closed_form_gd_on_quadratic():
   alphas, steps = [0.1, 0.5, 1.5], 15
   out = H.run(task, H.METHODS["sgd"], alphas, [0, 1], steps)
   # Recover A from the task's own loss by its Hessian-free definition f(e_i + e_j).
-  f = lambda x: float(task.evaluate(x)[0])
+  loss = jax.jit(lambda x: task.evaluate(x)[0])
+  f = lambda x: float(loss(x))
   n = 6
   eye = np.eye(n, dtype=np.float32)
   a = np.array([[f(eye[i] + eye[j]) - f(eye[i]) - f(eye[j]) for j in range(n)] for i in range(n)])

@@ -34,7 +34,8 @@ def parse_args(argv):
   p.add_argument("--out", default=os.path.join(H.RESULTS_DIR, "demo.png"),
                  help="PNG path (a .json and .md are written beside it)")
   p.add_argument("--dataset", default="digits", help="digits (offline), mnist or cifar10 (tfds)")
-  p.add_argument("--quick", action="store_true", help="2 epochs, one seed, logistic regression only (for the tests)")
+  p.add_argument("--quick", action="store_true",
+                 help="2 epochs, one seed, logistic regression only (for the tests)")
   return p.parse_args(argv)
 
 

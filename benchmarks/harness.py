@@ -305,10 +305,9 @@ class Method:
 
 
 def _schedule_free_eval(state: Any, params: Any) -> Any:
-  sf = [
-      s for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, optax.contrib.ScheduleFreeState))
-      if isinstance(s, optax.contrib.ScheduleFreeState)
-  ]
+  kind = optax.contrib.ScheduleFreeState
+  sf = [s for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, kind))
+        if isinstance(s, kind)]
   return optax.contrib.schedule_free_eval_params(sf[0], params)
 
 

@@ -117,7 +117,7 @@ def update_only(n, reps):
 
 def whole_step(reps, batch=128, sizes=(784, 1000, 1000, 10)):
   keys = jax.random.split(jax.random.PRNGKey(0), len(sizes))
-  params = [H._dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+  params = [H._dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=False)]
   x = jax.random.normal(keys[-1], (batch, sizes[0]))
   y = jax.random.randint(keys[-1], (batch,), 0, sizes[-1])
 

@@ -39,7 +39,8 @@ def parse_args(argv):
   p.add_argument("--dataset", default="digits", help="digits (offline), mnist or cifar10 (tfds)")
   p.add_argument("--out", default=os.path.join(H.RESULTS_DIR, "paper"),
                  help="output stem: writes STEM.json, STEM.md, STEM.png")
-  p.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, logistic regression, SGD pair")
+  p.add_argument("--quick", action="store_true",
+                 help="2 epochs, 1 seed, logistic regression, SGD pair")
   return p.parse_args(argv)
 
 

@@ -160,7 +160,7 @@ def heatmap(results, alphas, path):
   rows_ = -(-len(tasks) // cols)
   fig, axes = plt.subplots(rows_, cols, figsize=(5.2 * cols, 0.32 * len(methods) * rows_ + 2),
                            squeeze=False)
-  for ax, task_name in zip(axes.flat, tasks):
+  for ax, task_name in zip(axes.flat, tasks, strict=False):
     z = np.array([results[task_name][m]["final_loss"] for m in methods], float)
     logz = np.log10(np.clip(z, 1e-8, 1e8))
     im = ax.imshow(logz, aspect="auto", cmap="viridis_r")

@@ -118,7 +118,7 @@ def test_robustness_quick_summary_is_worst_over_range_vs_best_adam(tmp_path):
   for task_name, per_method in results.items():
     best_adam = min(per_method["adam"]["final_loss"])
     for name, r in per_method.items():
-      in_range = [loss for a, loss in zip(alphas, r["final_loss"]) if a <= 0.1]
+      in_range = [loss for a, loss in zip(alphas, r["final_loss"], strict=True) if a <= 0.1]
       s = summary[task_name]["methods"][name]
       assert s["worst_loss"] == pytest.approx(max(in_range))
       assert s["ratio_to_best_adam"] == pytest.approx(max(in_range) / best_adam)

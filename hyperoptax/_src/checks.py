@@ -74,3 +74,45 @@ def _is_real_scalar(value: Any) -> bool:
         jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
     )
   return False
+
+
+def as_arrays(tree: Any) -> Any:
+  """Python/NumPy leaves as JAX arrays of their own dtype (not weakly typed); arrays as is."""
+  return jax.tree.map(
+      lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x, jnp.result_type(x)), tree
+  )
+
+
+def check_params(params: Any) -> None:
+  """Raises `ValueError` naming the first params leaf that is not real floating point.
+
+  A learning rate scales a continuous step: integer, boolean or complex leaves
+  (step counters, masks) have no hypergradient and must be routed elsewhere.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(
+          f"`params` must be real floating-point arrays; the leaf at "
+          f"{jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}. Keep non-trainable "
+          "leaves out with `optax.masked` or `optax.multi_transform`."
+      )
+
+
+def check_updates_like(updates: Any, like: Any) -> None:
+  """Raises `ValueError` unless `updates` has the tree structure and leaf shapes of `like`.
+
+  Checked at trace time (shapes are static): without it a gradient of shape
+  `(n, 1)` for a param of shape `(n,)` would silently broadcast to `(n, n)`.
+  """
+  if jax.tree.structure(updates) != jax.tree.structure(like):
+    raise ValueError(
+        "`updates` (the gradients) must have the params' tree structure "
+        f"{jax.tree.structure(like)}, got {jax.tree.structure(updates)}."
+    )
+  for (path, u), ref in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(like)):
+    if jnp.shape(u) != jnp.shape(ref):
+      raise ValueError(
+          f"`updates` leaf at {jax.tree_util.keystr(path) or '<root>'} has shape "
+          f"{jnp.shape(u)}, but its param has shape {jnp.shape(ref)}."
+      )

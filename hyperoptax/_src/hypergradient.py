@@ -150,6 +150,8 @@ def hypergradient(
   hyper_optimizer = optax.with_extra_args_support(hyper_optimizer)
 
   def init_fn(params: optax.Params) -> HypergradientState:
+    params = checks.as_arrays(params)
+    checks.check_params(params)
     alpha = rules.init_learning_rate(learning_rate, params, granularity)
     alpha = rules.clip_learning_rate(alpha, min_learning_rate, max_learning_rate)
     return HypergradientState(
@@ -165,6 +167,8 @@ def hypergradient(
       params: optax.Params | None = None,
       **extra_args: Any,
   ) -> tuple[optax.Updates, HypergradientState]:
+    updates = checks.as_arrays(updates)
+    checks.check_updates_like(updates, state.prev_direction)
     alpha = state.learning_rate
     signal, h = rules.hypergradient_signal(
         rule, updates, state.prev_direction, alpha, granularity, axis_name

@@ -152,11 +152,24 @@ def apply_rule(rule: str, alpha: Any, hyper_params: Any, hyper_updates: Any) -> 
     return jax.tree.map(lambda a, u: a + u.astype(a.dtype), alpha, hyper_updates)
   if rule == "log":
     return jax.tree.map(
-        lambda a, z, u: jnp.exp(z + u).astype(a.dtype), alpha, hyper_params, hyper_updates
+        lambda a, z, u: _no_underflow(jnp.exp(z + u).astype(a.dtype), a),
+        alpha, hyper_params, hyper_updates,
     )
   return jax.tree.map(
-      lambda a, u: a * jnp.maximum(1 + u, MIN_FACTOR).astype(a.dtype), alpha, hyper_updates
+      lambda a, u: _no_underflow(a * jnp.maximum(1 + u, MIN_FACTOR).astype(a.dtype), a),
+      alpha, hyper_updates,
   )
+
+
+def _no_underflow(new: jax.Array, old: jax.Array) -> jax.Array:
+  """Keeps a nonzero α nonzero: an underflow to 0 becomes the smallest normal, old's sign.
+
+  The sign-keeping rules could otherwise shrink α to exactly 0 (`exp` of a very
+  negative log α, or many `MIN_FACTOR` steps), where it would stay forever (`log 0`,
+  `0 · factor`) instead of growing back when the hypergradient turns.
+  """
+  tiny = jnp.finfo(new.dtype).tiny
+  return jnp.where((new == 0) & (old != 0), jnp.copysign(jnp.asarray(tiny, new.dtype), old), new)
 
 
 def clip_learning_rate(alpha: Any, minimum: Any, maximum: Any) -> Any:

@@ -173,15 +173,26 @@ def hypergradient(
     signal, h = rules.hypergradient_signal(
         rule, updates, state.prev_direction, alpha, granularity, axis_name
     )
-    # A non-finite h means a non-finite gradient: the step is skipped below.
-    grads_ok = rules.all_finite(h)
-    hyper_params = rules.to_hyper_space(rule, alpha)
-    hyper_updates, hyper_state = hyper_optimizer.update(signal, state.hyper_state, hyper_params)
-    new_alpha = rules.apply_rule(rule, alpha, hyper_params, hyper_updates)
-    new_alpha = rules.clip_learning_rate(new_alpha, min_learning_rate, max_learning_rate)
-    alpha_ok = grads_ok & rules.all_finite(new_alpha)
-    alpha = rules.select(alpha_ok, new_alpha, alpha)
-    hyper_state = rules.select(alpha_ok, hyper_state, state.hyper_state)
+    def hyper_step(operand):
+      alpha, hyper_state, signal = operand
+      hyper_params = rules.to_hyper_space(rule, alpha)
+      hyper_updates, new_hyper_state = hyper_optimizer.update(signal, hyper_state, hyper_params)
+      new_alpha = rules.apply_rule(rule, alpha, hyper_params, hyper_updates)
+      new_alpha = rules.clip_learning_rate(new_alpha, min_learning_rate, max_learning_rate)
+      alpha, hyper_state = rules.choose(
+          rules.all_finite(new_alpha), (new_alpha, new_hyper_state), (alpha, hyper_state)
+      )
+      return alpha, hyper_state, jnp.asarray(True)
+
+    def skip(operand):
+      alpha, hyper_state, _ = operand
+      return alpha, hyper_state, jnp.asarray(False)
+
+    # A non-finite h means a non-finite gradient: the step is skipped (`grads_ok` False).
+    # `lax.cond`, not `where`: see `rules.choose`.
+    alpha, hyper_state, grads_ok = jax.lax.cond(
+        rules.all_finite(h), hyper_step, skip, (alpha, state.hyper_state, signal)
+    )
 
     d, direction_state = direction.update(updates, state.direction_state, params, **extra_args)
     direction_state = rules.select(grads_ok, direction_state, state.direction_state)

@@ -190,3 +190,14 @@ def all_finite(tree: Any) -> jax.Array:
 def select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
   """`jnp.where(pred, a, b)` leaf by leaf, with a scalar predicate."""
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def choose(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
+  """`on_true` if the scalar `pred` else `on_false`, through `lax.cond`.
+
+  A conditional is a boundary XLA does not fuse across. A value reduced over all
+  leaves (the global hypergradient, an all-leaves finiteness flag) and consumed by
+  every leaf's update would otherwise be recomputed inside each leaf's fused kernel,
+  which makes compile time grow with the square of the number of leaves.
+  """
+  return jax.lax.cond(pred, lambda: on_true, lambda: on_false)

@@ -195,15 +195,27 @@ def hyperoptimize(
   ) -> tuple[optax.Updates, HyperoptimizeState]:
     z = state.unconstrained
     # 1. The hypergradient g_t · ∂u_{t-1}/∂z_i, and the hyper-step on z.
-    h = {n: _dot(updates, state.tangents[n], z[n].dtype) for n in names}
-    grads_ok = rules.all_finite(h)
-    dz, hyper_state = hyper_optimizer.update(h, state.hyper_state, z)
-    new_z = {n: _clip(kinds[n], z[n] + dz[n].astype(z[n].dtype)) for n in names}
-    new_lam = constrain(new_z)
-    lam_ok = grads_ok & rules.all_finite(new_lam)
-    z = rules.select(lam_ok, new_z, z)
-    lam = rules.select(lam_ok, new_lam, state.hyperparams)
-    hyper_state = rules.select(lam_ok, hyper_state, state.hyper_state)
+    h = {n: rules.tree_dot(updates, state.tangents[n], z[n].dtype) for n in names}
+
+    def hyper_step(operand):
+      z, lam, hyper_state, h = operand
+      dz, new_hyper_state = hyper_optimizer.update(h, hyper_state, z)
+      new_z = {n: _clip(kinds[n], z[n] + dz[n].astype(z[n].dtype)) for n in names}
+      new_lam = constrain(new_z)
+      z, lam, hyper_state = rules.choose(
+          rules.all_finite(new_lam), (new_z, new_lam, new_hyper_state), (z, lam, hyper_state)
+      )
+      return z, lam, hyper_state, jnp.asarray(True)
+
+    def skip(operand):
+      z, lam, hyper_state, _ = operand
+      return z, lam, hyper_state, jnp.asarray(False)
+
+    # `lax.cond`, not `where`, so that XLA does not fuse the all-leaves sums into every
+    # leaf's kernel (see `rules.choose`).
+    z, lam, hyper_state, grads_ok = jax.lax.cond(
+        rules.all_finite(h), hyper_step, skip, (z, state.hyperparams, state.hyper_state, h)
+    )
 
     # 2. The inner step at λ = c(z), and its tangents w.r.t. z, the inner state fixed.
     def inner_update(z_):
@@ -309,14 +321,6 @@ def _clip(kind: str | None, z: jax.Array) -> jax.Array:
     high = -math.log(float(info.eps)) - 1.0
     low = -high
   return jnp.clip(z, low, high)
-
-
-def _dot(grads: Any, tangent: Any, dtype: Any) -> jax.Array:
-  """`Σ_leaves Σ g ⊙ t` in `dtype`."""
-  total = jnp.zeros((), dtype)
-  for g, t in zip(jax.tree.leaves(grads), jax.tree.leaves(tangent), strict=True):
-    total = total + jnp.sum(g.astype(dtype) * t.astype(dtype))
-  return total
 
 
 def _finite_or_zero(tangent: jax.Array) -> jax.Array:

@@ -81,6 +81,17 @@ def _replicated_like(scalar: jax.Array, ref: Any) -> jax.Array:
   return scalar
 
 
+def leaf_dot(x: jax.Array, y: jax.Array, dtype: Any) -> jax.Array:
+  """`x · y` over all elements of two arrays, accumulated in `dtype`."""
+  return jnp.dot(jnp.ravel(x), jnp.ravel(y), preferred_element_type=dtype).astype(dtype)
+
+
+def tree_dot(a: Any, b: Any, dtype: Any) -> jax.Array:
+  """`a · b` over all leaves of two same-structured pytrees, accumulated in `dtype`."""
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return sum((leaf_dot(x, y, dtype) for x, y in pairs), jnp.zeros((), dtype))
+
+
 def _group_dot(a: Any, b: Any, alpha: Any, granularity: str, axis_name: Any) -> Any:
   """`a · b` within each group (the element-wise product for `"element"`).
 
@@ -88,19 +99,14 @@ def _group_dot(a: Any, b: Any, alpha: Any, granularity: str, axis_name: Any) -> 
   `psum`-med over `axis_name` if given.
   """
   if granularity == "element":
-    return jax.tree.map(lambda x, y, l: x.astype(l.dtype) * y.astype(l.dtype), a, b, alpha)
-
-  def dot(x, y, dtype):
-    return jnp.dot(jnp.ravel(x), jnp.ravel(y), preferred_element_type=dtype).astype(dtype)
-
-  if granularity == "leaf":
-    dots = jax.tree.map(lambda x, y, l: dot(x, y, l.dtype), a, b, alpha)
-  else:
-    dots = sum(
-        (dot(x, y, alpha.dtype) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
-        jnp.zeros((), alpha.dtype),
+    dots = jax.tree.map(
+        lambda x, y, lr: x.astype(lr.dtype) * y.astype(lr.dtype), a, b, alpha
     )
-  if axis_name is not None:
+  elif granularity == "leaf":
+    dots = jax.tree.map(lambda x, y, lr: leaf_dot(x, y, lr.dtype), a, b, alpha)
+  else:
+    dots = tree_dot(a, b, alpha.dtype)
+  if axis_name is not None and granularity != "element":
     dots = jax.lax.psum(dots, axis_name)
   return dots
 

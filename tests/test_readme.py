@@ -30,8 +30,10 @@ def test_stacking_example_runs():
   }
   exec("import optax, hyperoptax\n" + _python_blocks()[1], namespace)  # noqa: S102
   learned = namespace["hyperoptax"].get_hyperparams(namespace["state"])
-  assert set(learned) == {"learning_rate", "b1"}
-  jax.tree.map(lambda v: v.block_until_ready(), learned)
+  assert set(learned) == {"learning_rate", "b1", "b2"}
+  middle = namespace["hyperoptax"].get_hyperparams(namespace["state"].hyper_state)
+  assert set(middle) == {"learning_rate"}
+  jax.tree.map(lambda v: v.block_until_ready(), (learned, middle))
 
 
 def test_ci_runs_the_readme_test_command():

@@ -18,7 +18,6 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from multihost_worker import (
-    loss_fn,
     make_optimizer,
     make_problem,
     make_train_step,

@@ -244,7 +244,16 @@ def get_learning_rate(state: optax.OptState) -> Any:
   Raises:
     ValueError: if the state holds no hyperoptax transform, or more than one.
   """
-  types = tuple(_LEARNING_RATE_GETTERS)
+  found = find_outermost(state, tuple(_LEARNING_RATE_GETTERS), "get_learning_rate")
+  return _LEARNING_RATE_GETTERS[type(found)](found)
+
+
+def find_outermost(state: Any, types: tuple[type, ...], caller: str) -> Any:
+  """The one outermost node of `state` that is an instance of `types`.
+
+  Nodes nested inside a match (a stacked hyper-optimizer's own state) are not
+  searched. Raises `ValueError`, naming `caller`, unless exactly one is found.
+  """
   found = [
       x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, types))
       if isinstance(x, types)
@@ -252,7 +261,7 @@ def get_learning_rate(state: optax.OptState) -> Any:
   if len(found) != 1:
     what = "no hyperoptax transform" if not found else f"{len(found)} hyperoptax transforms"
     raise ValueError(
-        f"get_learning_rate needs a state with exactly one hyperoptax transform; this "
+        f"{caller} needs a state with exactly one (outermost) hyperoptax transform; this "
         f"state holds {what}. Pass the sub-state of the one you want instead."
     )
-  return _LEARNING_RATE_GETTERS[type(found[0])](found[0])
+  return found[0]

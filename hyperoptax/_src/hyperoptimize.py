@@ -24,7 +24,11 @@ import numpy as np
 import optax
 
 from hyperoptax._src import checks, rules
-from hyperoptax._src.hypergradient import HypergradientState, register_learning_rate_state
+from hyperoptax._src.hypergradient import (
+    HypergradientState,
+    find_outermost,
+    register_learning_rate_state,
+)
 
 CONSTRAINTS = ("log", "logit", None)
 
@@ -262,20 +266,10 @@ def get_hyperparams(state: optax.OptState) -> dict[str, jax.Array]:
   Raises:
     ValueError: if the state holds no hyperoptax transform, or more than one.
   """
-  types = (HyperoptimizeState, HypergradientState)
-  found = [
-      x for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, types))
-      if isinstance(x, types)
-  ]
-  if len(found) != 1:
-    what = "no hyperoptax transform" if not found else f"{len(found)} hyperoptax transforms"
-    raise ValueError(
-        f"get_hyperparams needs a state with exactly one (outermost) hyperoptax transform; "
-        f"this state holds {what}. Pass the sub-state of the one you want instead."
-    )
-  if isinstance(found[0], HypergradientState):
-    return {"learning_rate": found[0].learning_rate}
-  return dict(found[0].hyperparams)
+  found = find_outermost(state, (HyperoptimizeState, HypergradientState), "get_hyperparams")
+  if isinstance(found, HypergradientState):
+    return {"learning_rate": found.learning_rate}
+  return dict(found.hyperparams)
 
 
 def _learning_rate(state: HyperoptimizeState) -> jax.Array:

@@ -360,6 +360,38 @@ def mean_learning_rate(state: Any) -> jax.Array:
 # The runner.
 
 
+def train_run(task: Task, method: Method, alpha: Any, seed: Any, steps: int) -> dict:
+  """One training run of `task` with `method` from α0 = `alpha` (traceable).
+
+  Params are drawn with `seed` and so are the minibatches (all methods and α0 see the
+  same data order). Returns `losses` (per step, before the update), `lrs` (the learned
+  α per step, NaN for methods that learn none), `final_loss` and `accuracy`.
+  """
+  key = jax.random.PRNGKey(seed)
+  init_key, data_key = jax.random.split(key)
+  params = task.init(init_key)
+  tx = method.make(alpha)
+  if task.l2:
+    tx = optax.chain(optax.add_decayed_weights(task.l2), tx)
+  state = tx.init(params)
+
+  def step(carry, batch):
+    params, state = carry
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    lr = mean_learning_rate(state) if method.learns_alpha else jnp.asarray(jnp.nan)
+    return (params, state), (loss, lr)
+
+  (params, state), (losses, lrs) = jax.lax.scan(
+      step, (params, state), task.stream(data_key, steps)
+  )
+  if method.eval_params is not None:
+    params = method.eval_params(state, params)
+  final_loss, accuracy = task.evaluate(params)
+  return {"losses": losses, "lrs": lrs, "final_loss": final_loss, "accuracy": accuracy}
+
+
 def run(
     task: Task,
     method: Method,
@@ -381,29 +413,7 @@ def run(
     compile + run).
   """
   def single(alpha, seed):
-    key = jax.random.PRNGKey(seed)
-    init_key, data_key = jax.random.split(key)
-    params = task.init(init_key)
-    tx = method.make(alpha)
-    if task.l2:
-      tx = optax.chain(optax.add_decayed_weights(task.l2), tx)
-    state = tx.init(params)
-
-    def step(carry, batch):
-      params, state = carry
-      loss, grads = jax.value_and_grad(task.loss)(params, batch)
-      updates, state = tx.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
-      lr = mean_learning_rate(state) if method.learns_alpha else jnp.asarray(jnp.nan)
-      return (params, state), (loss, lr)
-
-    (params, state), (losses, lrs) = jax.lax.scan(
-        step, (params, state), task.stream(data_key, steps)
-    )
-    if method.eval_params is not None:
-      params = method.eval_params(state, params)
-    final_loss, accuracy = task.evaluate(params)
-    return {"losses": losses, "lrs": lrs, "final_loss": final_loss, "accuracy": accuracy}
+    return train_run(task, method, alpha, seed, steps)
 
   program = jax.jit(jax.vmap(jax.vmap(single, in_axes=(None, 0)), in_axes=(0, None)))
   start = time.perf_counter()

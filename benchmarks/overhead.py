@@ -176,24 +176,7 @@ def sweep_speed(steps, reps, task_name="digits_mlp"):
 
 def _compiled_runner(task, method, steps):
   """α0 -> final loss of one run (seed 0), for timing without recompiling per α0."""
-  def single(alpha):
-    init_key, data_key = jax.random.split(jax.random.PRNGKey(0))
-    params = task.init(init_key)
-    tx = method.make(alpha)
-    if task.l2:
-      tx = optax.chain(optax.add_decayed_weights(task.l2), tx)
-    state = tx.init(params)
-
-    def step(carry, batch):
-      params, state = carry
-      grads = jax.grad(task.loss)(params, batch)
-      updates, state = tx.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-
-    (params, _), _ = jax.lax.scan(step, (params, state), task.stream(data_key, steps))
-    return task.evaluate(params)[0]
-
-  return single
+  return lambda alpha: H.train_run(task, method, alpha, 0, steps)["final_loss"]
 
 
 def main(argv=None):

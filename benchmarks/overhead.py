@@ -75,6 +75,15 @@ def time_interleaved(fns, reps, warmup=3):
   return times
 
 
+def all_finite_after(fns):
+  """Whether every method's params are still finite after the timed steps.
+
+  Donated runs keep training (α drifts on a fixed gradient); a run that diverged would
+  time the cheaper skipped-step branch, so a non-finite result is flagged in the report.
+  """
+  return all(bool(jnp.all(jnp.isfinite(x))) for f in fns.values() for x in jax.tree.leaves(f()))
+
+
 def pair_stats(times, base, hd):
   r = np.asarray(times[hd]) / np.asarray(times[base])
   return {
@@ -87,7 +96,24 @@ def pair_stats(times, base, hd):
   }
 
 
-def update_only(n, reps):
+def _runner(step, params, state, donate, *args):
+  """A no-argument call of `step(*args, params, state) -> (params, state)`.
+
+  Donated: params and state are passed on from call to call (their buffers are reused,
+  as in a training loop with `donate_argnums`). Not donated: the same inputs every call.
+  """
+  box = [params, state]
+
+  def run():
+    if donate:
+      box[0], box[1] = step(*args, box[0], box[1])
+      return box[0]
+    return step(*args, params, state)
+
+  return run
+
+
+def update_only(n, reps, donate=False):
   params = make_params(n)
   grads = make_params(n, key=1)
   fns, states = {}, {}
@@ -96,26 +122,29 @@ def update_only(n, reps):
       tx = make()
       state = tx.init(params)
 
-      @jax.jit
-      def step(g, s, p, tx=tx):
+      def step(g, p, s, tx=tx):
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-      fns[label] = (lambda step=step, state=state: step(grads, state, params))
+      step = jax.jit(step, donate_argnums=(1, 2) if donate else ())
+      p = jax.tree.map(jnp.copy, params) if donate else params
+      fns[label] = _runner(step, p, state, donate, grads)
       states[label] = state
-  times = time_interleaved(fns, reps)
   p_bytes = tree_bytes(params)
-  out = {}
+  sizes = {label: tree_bytes(s) for label, s in states.items()}
+  del states  # donated runs consume their initial state
+  times = time_interleaved(fns, reps)
+  out = {"finite": all_finite_after(fns)}
   for name in PAIRS:
     s = pair_stats(times, name, name + "_hd")
-    sb, sh = tree_bytes(states[name]), tree_bytes(states[name + "_hd"])
+    sb, sh = sizes[name], sizes[name + "_hd"]
     s.update(state_bytes_base=sb, state_bytes_hd=sh, state_bytes_ratio=sh / max(sb, 1),
              extra_state_in_params=(sh - sb) / p_bytes)
     out[name] = s
   return out
 
 
-def whole_step(reps, batch=128, sizes=(784, 1000, 1000, 10)):
+def whole_step(reps, batch=128, sizes=(784, 1000, 1000, 10), donate=False):
   keys = jax.random.split(jax.random.PRNGKey(0), len(sizes))
   params = [H._dense_init(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=False)]
   x = jax.random.normal(keys[-1], (batch, sizes[0]))
@@ -130,16 +159,18 @@ def whole_step(reps, batch=128, sizes=(784, 1000, 1000, 10)):
       tx = make()
       state = tx.init(params)
 
-      @jax.jit
-      def step(s, p, tx=tx):
+      def step(p, s, tx=tx):
         g = jax.grad(loss)(p)
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-      fns[label] = (lambda step=step, state=state: step(state, params))
+      step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+      p = jax.tree.map(jnp.copy, params) if donate else params
+      fns[label] = _runner(step, p, state, donate)
   times = time_interleaved(fns, reps)
   n = sum(x.size for x in jax.tree.leaves(params))
-  return {"num_params": n, **{name: pair_stats(times, name, name + "_hd") for name in PAIRS}}
+  return {"num_params": n, "finite": all_finite_after(fns),
+          **{name: pair_stats(times, name, name + "_hd") for name in PAIRS}}
 
 
 def sweep_speed(steps, reps, task_name="digits_mlp"):
@@ -183,12 +214,17 @@ def main(argv=None):
   args = parse_args(argv)
   if args.quick:
     args.sizes, args.reps, args.sweep_steps = [1e4], 3, 5
-  results = {"update_only": {}, "reps": args.reps}
-  for n in H.progress(args.sizes, desc="update-only"):
-    results["update_only"][f"{int(n)}"] = update_only(n, args.reps)
-  print("whole MLP step ...", file=sys.stderr)
-  results["whole_step"] = whole_step(args.reps if not args.quick else 2,
-                                     sizes=(784, 1000, 1000, 10) if not args.quick else (8, 4, 2))
+  results = {"reps": args.reps}
+  for donate, suffix in ((False, ""), (True, "_donated")):
+    results["update_only" + suffix] = {
+        f"{int(n)}": update_only(n, args.reps, donate)
+        for n in H.progress(args.sizes, desc="update-only" + suffix)
+    }
+    print("whole MLP step" + suffix + " ...", file=sys.stderr)
+    results["whole_step" + suffix] = whole_step(
+        args.reps if not args.quick else 2,
+        sizes=(784, 1000, 1000, 10) if not args.quick else (8, 4, 2), donate=donate,
+    )
   print("sweep speed ...", file=sys.stderr)
   results["sweep"] = sweep_speed(args.sweep_steps, max(3, args.reps // 10),
                                  "quadratic_ill" if args.quick else "digits_mlp")
@@ -201,28 +237,36 @@ def main(argv=None):
   return results
 
 
+def _timing_cells(s):
+  return [s["base_median_ms"], s["hd_median_ms"], s["ratio_of_medians"],
+          f"{s['paired_ratio_median']:.3f} [{s['paired_ratio_q25']:.3f}, "
+          f"{s['paired_ratio_q75']:.3f}]"]
+
+
 def report(results, meta):
   lines = ["# Overhead of hyperoptax vs Optax\n\n", H.meta_markdown(meta),
            f"\n{results['reps']} interleaved repetitions after warm-up; medians; "
-           "paired ratio = median [q25, q75] of per-repetition HD/base.\n\n"]
+           "paired ratio = median [q25, q75] of per-repetition HD/base. Donated: params and "
+           "state donated to the jitted step (`donate_argnums`), as in a training loop.\n\n"]
   header = ["setting", "pair", "base ms", "HD ms", "ratio of medians", "paired ratio [IQR]",
             "state bytes ratio", "extra state (× params)"]
   rows = []
-  for n, per in results["update_only"].items():
-    for name, s in per.items():
-      rows.append([f"update only, {int(n):,} params", f"{name}_hd / {name}",
-                   s["base_median_ms"], s["hd_median_ms"], s["ratio_of_medians"],
-                   f"{s['paired_ratio_median']:.3f} [{s['paired_ratio_q25']:.3f}, "
-                   f"{s['paired_ratio_q75']:.3f}]", s["state_bytes_ratio"],
-                   s["extra_state_in_params"]])
-  ws = results["whole_step"]
-  for name in PAIRS:
-    s = ws[name]
-    rows.append([f"whole MLP step, {ws['num_params']:,} params", f"{name}_hd / {name}",
-                 s["base_median_ms"], s["hd_median_ms"], s["ratio_of_medians"],
-                 f"{s['paired_ratio_median']:.3f} [{s['paired_ratio_q25']:.3f}, "
-                 f"{s['paired_ratio_q75']:.3f}]", "", ""])
+  for suffix, how in (("", "not donated"), ("_donated", "donated")):
+    for n, per in results["update_only" + suffix].items():
+      for name in PAIRS:
+        s = per[name]
+        rows.append([f"update only, {int(n):,} params, {how}", f"{name}_hd / {name}",
+                     *_timing_cells(s), s["state_bytes_ratio"], s["extra_state_in_params"]])
+    ws = results["whole_step" + suffix]
+    for name in PAIRS:
+      rows.append([f"whole MLP step, {ws['num_params']:,} params, {how}",
+                   f"{name}_hd / {name}", *_timing_cells(ws[name]), "", ""])
   lines.append(H.markdown_table(header, rows))
+  diverged = [k for k, v in results.items() if isinstance(v, dict)
+              for r in ([v] if "finite" in v else v.values())
+              if isinstance(r, dict) and r.get("finite") is False]
+  if diverged:
+    lines.append(f"\n**Warning**: non-finite params after timing in {sorted(set(diverged))}.\n")
   sw = results["sweep"]
   lines.append(
       f"\nSweep speed ({sw['task']}, {sw['method']}, {sw['steps']} steps, {sw['num_alphas']} α0): "

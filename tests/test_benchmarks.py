@@ -137,6 +137,10 @@ def test_overhead_quick(tmp_path):
       assert s["hd_median_ms"] > 0 and s["base_median_ms"] > 0
       # the global rule stores d_{t-1} (one params-sized buffer) plus a few scalars
       assert 0.99 <= s["extra_state_in_params"] <= 1.01
+  for key in ("update_only", "update_only_donated"):
+    assert all(per["finite"] for per in res[key].values())
+  assert res["whole_step"]["finite"] and res["whole_step_donated"]["finite"]
+  assert "donated" in open(stem + ".md").read()
   assert res["sweep"]["num_alphas"] == 8 and res["sweep"]["speedup"] > 0
   saved = json.load(open(stem + ".json"))
   _check_meta(saved["meta"], "")

@@ -110,3 +110,42 @@ def test_compile_time_grows_at_most_linearly_with_the_number_of_leaves(granulari
   growth, base_growth = large / small, base_large / base_small
   assert growth < 25, f"30 leaves: {small:.2f}s, 300 leaves: {large:.2f}s"
   assert growth < 2.5 * base_growth, (growth, base_growth)
+
+
+def _params_sized_copies(opt, shape=(1237,)):
+  """Params-sized `copy` instructions in the top level of a donated update + apply step."""
+  params = {"a": jnp.ones(shape, jnp.float32), "b": jnp.ones(shape, jnp.float32)}
+  state = opt.init(params)
+
+  def step(grads, params, state):
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  hlo = jax.jit(step, donate_argnums=(1, 2)).lower(params, params, state).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):]  # copies inside a branch (keeping old α) run rarely
+  dims = ",".join(map(str, shape))
+  lines = entry.splitlines()
+  return [line.strip() for line in lines if f"f32[{dims}]" in line and " copy(" in line]
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("sgd_hd", lambda: hyperoptax.sgd_hd(1e-3)),
+        ("sgdn_hd", lambda: hyperoptax.sgd_hd(1e-3, momentum=0.9, nesterov=True)),
+        ("adam_hd", lambda: hyperoptax.adam_hd(1e-3)),
+        ("adamw_hd", lambda: hyperoptax.adamw_hd(1e-3, weight_decay=1e-4)),
+        ("adam_hd element", lambda: hyperoptax.adam_hd(1e-3, granularity="element")),
+        # Learning b1 as well still copies the first moment once (XLA's choice at the
+        # conditional's output; 2 copies instead of 4 before the fix).
+        ("hyperoptimize(adam)", lambda: hyperoptax.hyperoptimize(
+            optax.adam, hyper_optimizer=optax.sgd(1e-4), learn="learning_rate",
+            learning_rate=1e-3)),
+    ],
+)
+def test_donated_update_copies_no_params_sized_buffer(name, make):
+  # With params and state donated (the usual training loop), every new moment can be
+  # written in place. A `where(finite, new, old)` between states once read the old
+  # moments after the new ones were written, so XLA copied every moment first (adam_hd
+  # donated: 4.3x optax.adam's update time, 1.6x after the fix; 10M params, 2 cores).
+  assert _params_sized_copies(make()) == [], name

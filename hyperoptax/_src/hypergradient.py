@@ -194,11 +194,20 @@ def hypergradient(
         rules.all_finite(h), hyper_step, skip, (alpha, state.hyper_state, signal)
     )
 
-    d, direction_state = direction.update(updates, state.direction_state, params, **extra_args)
-    direction_state = rules.select(grads_ok, direction_state, state.direction_state)
-    prev_direction = jax.tree.map(
-        lambda new, old: jnp.where(grads_ok, new.astype(old.dtype), old), d, state.prev_direction
-    )
+    def direction_step(_):
+      d, direction_state = direction.update(
+          updates, state.direction_state, params, **extra_args
+      )
+      d = jax.tree.map(lambda new, old: new.astype(old.dtype), d, state.prev_direction)
+      return d, direction_state
+
+    def keep(_):
+      return state.prev_direction, state.direction_state
+
+    # The direction's step runs only on a finite gradient. A conditional rather than a
+    # `where` between new and old state: a select would read the old moments after the
+    # new ones are written, which under buffer donation costs a copy of every moment.
+    prev_direction, direction_state = jax.lax.cond(grads_ok, direction_step, keep, None)
     # -α d_t, read from the stored d_t so that d_t is materialised once; zero if skipped.
     new_updates = _scale(alpha, prev_direction, updates, granularity)
     new_updates = jax.tree.map(lambda u: jnp.where(grads_ok, u, 0), new_updates)

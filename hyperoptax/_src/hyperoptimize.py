@@ -221,29 +221,32 @@ def hyperoptimize(
         rules.all_finite(h), hyper_step, skip, (z, state.hyperparams, state.hyper_state, h)
     )
 
-    # 2. The inner step at λ = c(z), and its tangents w.r.t. z, the inner state fixed.
+    # 2. The inner step at λ = c(z), and its tangents w.r.t. z, the inner state fixed;
+    # run only on a finite gradient (a conditional, not a `where` between new and old
+    # state, so that donated moments are updated in place: see `hypergradient`).
     def inner_update(z_):
       inner_state = state.inner_state._replace(
           hyperparams={**state.inner_state.hyperparams, **constrain(z_)}
       )
       return inner.update(updates, inner_state, params, **extra_args)
 
-    new_updates, linear, inner_state = jax.linearize(inner_update, z, has_aux=True)
-    new_tangents = {
-        n: linear({m: jnp.asarray(m == n, z[m].dtype) for m in names}) for n in names
-    }
+    def inner_step(z):
+      new_updates, linear, inner_state = jax.linearize(inner_update, z, has_aux=True)
+      tangents = {
+          n: jax.tree.map(
+              lambda t, old: _finite_or_zero(t).astype(old.dtype),
+              linear({m: jnp.asarray(m == n, z[m].dtype) for m in names}),
+              state.tangents[n],
+          )
+          for n in names
+      }
+      new_updates = jax.tree.map(lambda u, g: u.astype(g.dtype), new_updates, updates)
+      return new_updates, inner_state, tangents
 
-    new_updates = jax.tree.map(
-        lambda u, g: jnp.where(grads_ok, u, 0).astype(g.dtype), new_updates, updates
-    )
-    inner_state = rules.select(grads_ok, inner_state, state.inner_state)
-    tangents = {
-        n: jax.tree.map(
-            lambda t, old: jnp.where(grads_ok, _finite_or_zero(t).astype(old.dtype), old),
-            new_tangents[n], state.tangents[n],
-        )
-        for n in names
-    }
+    def keep(z):
+      return optax.tree.zeros_like(updates), state.inner_state, state.tangents
+
+    new_updates, inner_state, tangents = jax.lax.cond(grads_ok, inner_step, keep, z)
     return new_updates, HyperoptimizeState(lam, z, hyper_state, inner_state, tangents)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

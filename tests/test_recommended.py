@@ -35,7 +35,8 @@ def test_auto_adam_hd_matches_numpy_reference():
   c = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
   grad_fn = lambda th: c * th + 0.3 * np.sin(th)
   theta0 = np.array([1.0, -2.0, 0.5, 3.0, -1.0])
-  expected_theta, expected_alphas = _reference(theta0, grad_fn, 1e-3, 0.1, 60)
+  # η = 0.3: the default documented in auto_adam_hd's docstring and the README.
+  expected_theta, expected_alphas = _reference(theta0, grad_fn, 1e-3, 0.3, 60)
 
   tx = hyperoptax.auto_adam_hd(1e-3)
   params = jnp.asarray(theta0)

@@ -34,7 +34,7 @@ import optax
 from hyperoptax._src import checks
 from hyperoptax._src.alias import adam_hd
 
-RECOMMENDED_HYPER_LR = 0.1
+RECOMMENDED_HYPER_LR = 0.3
 
 
 def auto_adam_hd(
@@ -54,7 +54,10 @@ def auto_adam_hd(
 
   Args:
     learning_rate: α0 > 0; the benchmarks start anywhere in [1e-6, 1e-1].
-    hyper_lr: η, the hyper-optimizer's (Adam's) step size on `log α`, > 0.
+    hyper_lr: η, the hyper-optimizer's (Adam's) step size on `log α`, > 0 (default
+      0.3: Adam moves log α by about η per step, so α changes by up to ≈ e^0.3 ≈ 1.35×
+      per step and a start 100× too large takes at least ln 100 / 0.3 ≈ 15 steps to
+      undo; 0.1 was too slow from α0 = 0.1 on the digits nets, 0.5 too noisy).
     b1: decay of Adam's first moment, in [0, 1).
     b2: decay of Adam's second moment, in [0, 1).
     eps: added to Adam's denominator.

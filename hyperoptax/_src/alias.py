@@ -52,6 +52,13 @@ def _check_betas(**betas: Any) -> None:
     checks.check_number(name, value, lower=0.0, upper=1.0, upper_open=True)
 
 
+def _check_adam(b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+  """The argument checks shared by the Adam-family aliases."""
+  _check_betas(b1=b1, b2=b2)
+  checks.check_number("eps", eps, lower=0.0)
+  checks.check_number("eps_root", eps_root, lower=0.0)
+
+
 def sgd_hd(
     learning_rate: float = 1e-3,
     hyper_lr: float | None = None,
@@ -107,9 +114,7 @@ def adam_hd(
     eps_root: added inside the square root.
     **options: keyword options of `hypergradient`.
   """
-  _check_betas(b1=b1, b2=b2)
-  checks.check_number("eps", eps, lower=0.0)
-  checks.check_number("eps_root", eps_root, lower=0.0)
+  _check_adam(b1, b2, eps, eps_root)
   direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
   return _with_hypergradient(direction, learning_rate, hyper_lr, ADAM_HYPER_LR, options)
 
@@ -141,9 +146,7 @@ def adamw_hd(
     mask: which params to decay (a pytree of bools or a callable), as in Optax.
     **options: keyword options of `hypergradient`.
   """
-  _check_betas(b1=b1, b2=b2)
-  checks.check_number("eps", eps, lower=0.0)
-  checks.check_number("eps_root", eps_root, lower=0.0)
+  _check_adam(b1, b2, eps, eps_root)
   checks.check_number("weight_decay", weight_decay, lower=0.0)
   direction = optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
@@ -172,9 +175,7 @@ def nadam_hd(
     eps_root: added inside the square root.
     **options: keyword options of `hypergradient`.
   """
-  _check_betas(b1=b1, b2=b2)
-  checks.check_number("eps", eps, lower=0.0)
-  checks.check_number("eps_root", eps_root, lower=0.0)
+  _check_adam(b1, b2, eps, eps_root)
   direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=True)
   return _with_hypergradient(direction, learning_rate, hyper_lr, ADAM_HYPER_LR, options)
 

@@ -62,8 +62,7 @@ def main(argv=None):
   text = (f"# Demo: {args.epochs} epochs, α0 = 1e-3, batch 128, L2 1e-4, "
           f"mean of {args.seeds} seed(s)\n\n{H.meta_markdown(meta)}\n{table}")
   print("\n" + table)
-  with open(stem + ".md", "w") as f:
-    f.write(text)
+  H.write_text(stem + ".md", text)
   H.write_json(stem + ".json", {"epochs": args.epochs, "seeds": args.seeds, "header": header,
                                 "rows": rows})
   plot(runs, per_epoch, args.out, tasks)

@@ -469,11 +469,23 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
+def _open_for_writing(path: str):
+  """`open(path, "w")`, creating the folders above `path` first."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return open(path, "w")
+
+
 def write_json(path: str, payload: dict[str, Any], argv: Sequence[str] | None = None) -> str:
   """Writes `{"meta": metadata(argv), **payload}` (NaN/inf become null)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
+  with _open_for_writing(path) as f:
     json.dump(_jsonable({"meta": metadata(argv), **payload}), f, indent=1)
+  return path
+
+
+def write_text(path: str, text: str) -> str:
+  """Writes `text` (a markdown report) to `path`, creating its folder."""
+  with _open_for_writing(path) as f:
+    f.write(text)
   return path
 
 

@@ -231,8 +231,7 @@ def main(argv=None):
   meta = H.metadata()
   H.write_json(args.out + ".json", results)
   text = report(results, meta)
-  with open(args.out + ".md", "w") as f:
-    f.write(text)
+  H.write_text(args.out + ".md", text)
   print(text)
   return results
 

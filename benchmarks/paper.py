@@ -82,8 +82,7 @@ def main(argv=None):
           "Authors' direction (MNIST): HD below its base optimizer early in training.\n\n"
           f"{table}")
   print("\n" + table)
-  with open(args.out + ".md", "w") as f:
-    f.write(text)
+  H.write_text(args.out + ".md", text)
   H.write_json(args.out + ".json", {
       "epochs": args.epochs, "seeds": args.seeds, "dataset": args.dataset, "header": header,
       "rows": rows, "epoch_loss_curves": curves,

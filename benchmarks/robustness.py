@@ -95,8 +95,7 @@ def write(results, alphas, seeds, args):
       "results": results, "summary": summary,
   })
   text = report(results, summary, alphas, args, meta)
-  with open(args.out + ".md", "w") as f:
-    f.write(text)
+  H.write_text(args.out + ".md", text)
   heatmap(results, alphas, args.out + ".png")
   return summary, text
 

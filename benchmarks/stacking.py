@@ -151,9 +151,7 @@ def main(argv=None) -> None:
       "\n![loss curves](stacking.png)\n\n",
       harness.meta_markdown(meta),
   ]
-  with open(args.out + ".md", "w") as f:
-    f.write("\n".join(md))
-  print(open(args.out + ".md").read())
+  print(open(harness.write_text(args.out + ".md", "\n".join(md))).read())
   print("wrote", path)
 
 

@@ -79,6 +79,7 @@ def test_tfds_datasets_fail_clearly_without_tfds(monkeypatch):
 
 
 def test_demo_quick(tmp_path, capsys):
+  tmp_path = tmp_path / "not" / "yet"  # the output folder is created
   png = str(tmp_path / "demo.png")
   rows = demo.main(["--quick", "--out", png])
   assert [r[1] for r in rows] == ["SGD", "SGD-HD", "SGDN", "SGDN-HD", "Adam", "Adam-HD"]
@@ -97,7 +98,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_paper_quick(tmp_path):
-  stem = str(tmp_path / "paper")
+  stem = str(tmp_path / "new" / "paper")  # the output folder is created
   rows = paper.main(["--quick", "--out", stem])
   assert len(rows) == 1 and rows[0][1] == "SGD vs SGD-HD"
   saved = json.load(open(stem + ".json"))

@@ -142,6 +142,9 @@ def test_overhead_quick(tmp_path):
     assert all(per["finite"] for per in res[key].values())
   assert res["whole_step"]["finite"] and res["whole_step_donated"]["finite"]
   assert "donated" in open(stem + ".md").read()
-  assert res["sweep"]["num_alphas"] == 8 and res["sweep"]["speedup"] > 0
+  sw = res["sweep"]
+  assert sw["num_alphas"] == 8 and sw["speedup"] > 0
+  assert sw["speedup_vs_recompiled"] == pytest.approx(
+      sw["sequential_recompiled_s"] / sw["first_call_vmapped_s"])
   saved = json.load(open(stem + ".json"))
   _check_meta(saved["meta"], "")

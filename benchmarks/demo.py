@@ -109,8 +109,7 @@ def plot(runs, per_epoch, path, tasks=TASKS):
     axes[1, j].legend(fontsize=8)
   fig.suptitle("digits, α0 = 1e-3: Optax optimizers (dashed) vs hypergradient versions (solid)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  fig.savefig(H.make_parent_folder(path), dpi=110)
   plt.close(fig)
 
 

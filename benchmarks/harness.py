@@ -469,10 +469,15 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
+def make_parent_folder(path: str) -> str:
+  """Creates the folders above `path` (a file about to be written); returns `path`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return path
+
+
 def _open_for_writing(path: str):
   """`open(path, "w")`, creating the folders above `path` first."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  return open(path, "w")
+  return open(make_parent_folder(path), "w")
 
 
 def write_json(path: str, payload: dict[str, Any], argv: Sequence[str] | None = None) -> str:
